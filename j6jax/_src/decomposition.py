@@ -209,15 +209,14 @@ def candidate_coefficients(decomposition: Decomposition) -> jax.Array:
   """
   G = decomposition.gramians
   m = G.shape[1]
+  ks, is_, js = (
+    jnp.array(a, dtype=jnp.int32)
+    for a in zip(*decomposition.index, strict=True)
+  )
   eye = jnp.eye(m, dtype=G.dtype)
-  rows = []
-  for k, i, j in decomposition.index:
-    if i == j:
-      rows.append(eye[i])
-      continue
-    gii, gjj, gij = G[k, i, i], G[k, j, j], G[k, i, j]
-    den = gii + gjj - 2 * gij
-    gamma = jnp.clip(base.safe_div(gjj - gij, den), 0.0, 1.0)
-    mgda = gamma * eye[i] + (1 - gamma) * eye[j]
-    rows.append(jnp.where(gij >= 0, eye[i] + eye[j], mgda))
-  return jnp.stack(rows)
+  ei, ej = eye[is_], eye[js]  # [C, m]
+  gii, gjj, gij = G[ks, is_, is_], G[ks, js, js], G[ks, is_, js]
+  gamma = jnp.clip(base.safe_div(gjj - gij, gii + gjj - 2 * gij), 0.0, 1.0)
+  mgda = gamma[:, None] * ei + (1 - gamma[:, None]) * ej
+  inter = jnp.where((gij >= 0)[:, None], ei + ej, mgda)
+  return jnp.where((is_ == js)[:, None], ei, inter)

@@ -45,7 +45,11 @@ def context_and_continuation(
 
 
 def encode_pair(
-  encode: Callable[[str], Sequence[int]], context: str, continuation: str
+  encode: Callable[[str], Sequence[int]],
+  context: str,
+  continuation: str,
+  *,
+  move_whitespace: bool = True,
 ) -> tuple[list[int], list[int]]:
   """Token ids of a context and its continuation, split at the right place.
 
@@ -58,6 +62,8 @@ def encode_pair(
     encode: text -> token ids, without special tokens.
     context: the prompt text.
     continuation: the answer text.
+    move_whitespace: apply the whitespace rule (off for chat templates,
+      whose trailing newline belongs to the template).
 
   Returns:
     ``(context_ids, continuation_ids)``.
@@ -65,7 +71,7 @@ def encode_pair(
   Raises:
     ValueError: if the continuation encodes to no tokens.
   """
-  stripped = context.rstrip()
+  stripped = context.rstrip() if move_whitespace else context
   moved = context[len(stripped) :]
   continuation = moved + continuation
   ctx = list(encode(stripped))

@@ -89,13 +89,12 @@ def j6_scores(
       return base.safe_div(values, trace)
     if normalize == "none":
       return values
-    out = []
-    for k, i, j in decomposition.index:
-      if i == j:
-        out.append(decomposition.shares[k, i])
-      else:
-        out.append(decomposition.cosines[k, i, j])
-    return jnp.stack(out)
+    ks, is_, js = (np.array(a) for a in zip(*decomposition.index, strict=True))
+    return jnp.where(
+      is_ == js,
+      decomposition.shares[ks, is_],
+      decomposition.cosines[ks, is_, js],
+    )
   beta = dec.candidate_coefficients(decomposition)  # [C, m]
   ks = jnp.array([k for k, _, _ in decomposition.index], dtype=jnp.int32)
   Gc = G[ks]  # [C, m, m]
