@@ -1,8 +1,12 @@
-"""Shared fixtures: paths to the shared data beside the checkout."""
+"""Shared fixtures: paths to the shared data beside the checkout, and the
+real SmolLM2-135M-Instruct (ours and transformers', once per session)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -28,3 +32,64 @@ def truthfulqa_csv() -> Path:
   if not path.exists():
     pytest.skip(f"{path} not found (the shared folder beside the checkout)")
   return path
+
+
+# The real model (SmolLM2-135M-Instruct), loaded once per session --------
+
+
+@pytest.fixture(scope="session")
+def torch_transformers():
+  """``(torch, transformers)``, test-only references; skips without them."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("accelerate")  # transformers needs it for GGUF files
+  transformers.logging.set_verbosity_error()
+  transformers.utils.logging.disable_progress_bar()
+  return torch, transformers
+
+
+@dataclasses.dataclass
+class RealModel:
+  """The loaded model, its cache folder and the two load times."""
+
+  model: j6jax.models.LlamaModel  # noqa: F821 - a string annotation
+  cache_dir: str
+  first_load_s: float
+  cached_load_s: float
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory):
+  """SmolLM2-135M-Instruct, converted into a fresh cache, then reloaded."""
+  try:
+    path = _models().default_gguf_path()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  cache = str(tmp_path_factory.mktemp("j6jax_cache"))
+  start = time.perf_counter()
+  _models().load_gguf(path, cache_dir=cache)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  model = _models().load_default(cache_dir=cache)
+  cached = time.perf_counter() - start
+  return RealModel(model, cache, first, cached)
+
+
+@pytest.fixture(scope="session")
+def hf_real(torch_transformers):
+  """The same GGUF file loaded by transformers' PyTorch Llama (float32)."""
+  torch, transformers = torch_transformers
+  path = _models().default_gguf_path()
+  folder, name = os.fspath(path.parent), path.name
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+    folder, gguf_file=name, dtype=torch.float32
+  )
+  model.eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  return model, tokenizer
+
+
+def _models():
+  from j6jax import models
+
+  return models

@@ -1,0 +1,1 @@
+"""Llama-family decoders with prompt parameters (private implementation)."""
