@@ -198,8 +198,8 @@ def eval_(
     items = items[:limit] if limit else items
     lm = _load_model(model)
     if untuned:
-      cfg = tr.TrainConfig()
-      prompt = models.init_prompt(lm.config, n_soft=0, layers=cfg.h_layers)
+      cfg = tr.TrainConfig(h_layers=())
+      prompt = models.init_prompt(lm.config, n_soft=0, layers=())
     else:
       prompt, cfg = tr.load_run_prompt(lm, run_dir)
     res = tr.evaluate(
@@ -245,7 +245,7 @@ def demo(
   out: Annotated[Path, typer.Option(help="Folder for runs and results.")] = (
     Path("runs/demo")
   ),
-  steps: int = 25,
+  steps: int = 20,
   questions: Annotated[
     int, typer.Option(help="Questions of the capitals set used (0: all).")
   ] = 120,

@@ -27,7 +27,7 @@ def _table(rows: dict[str, dict]) -> str:
 def run_demo(
   out: Path,
   *,
-  steps: int = 25,
+  steps: int = 20,
   questions: int = 120,
   model: str = "default",
   seed: int = 0,
@@ -53,7 +53,15 @@ def run_demo(
   items = data.capitals(seed=seed, limit=questions or None)
   split = data.split(items, fractions=(0.5, 0.1, 0.4), seed=seed)
   wrap = progress or (lambda desc: None)
-  base = dict(steps=steps, seed=seed, eval_every=0, checkpoint_every=5)
+  # Capitals have one true answer: no slot for a second one.
+  base = dict(
+    steps=steps,
+    seed=seed,
+    eval_every=0,
+    checkpoint_every=5,
+    max_true=1,
+    max_false=3,
+  )
   rows, runs = {}, {}
   cfg0 = tr.TrainConfig(**base)
   untuned = models.init_prompt(lm.config, n_soft=0, layers=cfg0.h_layers)
