@@ -119,7 +119,9 @@ def test_evaluate_matches_single_sequence_scoring(tiny):
     for a, text in enumerate(item.answers):
       ctx, cont = tr.encode_answer(tiny.tokenizer, item.question, text, "plain")
       want = single(jnp.array([ctx + cont]), len(ctx))
-      np.testing.assert_allclose(res["loglik"][q][a], want, rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(
+        res["loglik"][q][a], want, rtol=1e-4, atol=1e-4
+      )
   for k in ("mc1", "mc2", "ece", "brier", "choice_entropy", "answer_entropy"):
     assert np.isfinite(res[k]), k
   assert 0 <= res["mc1"] <= 1 and 0 <= res["mc2"] <= 1
@@ -212,3 +214,38 @@ def test_config_validation():
     tr.TrainConfig.from_dict({"stepz": 3})
   cfg = tr.TrainConfig(method="j6", method_kwargs={"temperature": 0.5})
   assert tr.TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+METHODS = [
+  "j6",
+  "j6-hard",
+  "linear",
+  "mean",
+  "mgda",
+  "pcgrad",
+  "cagrad",
+  "upgrad",
+  "imtl_g",
+  "nash_mtl",
+  "dualproj",
+  "aligned_mtl",
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_takes_a_finite_step(tiny, method):
+  import optax
+
+  cfg = tr.TrainConfig(**{**CFG, "method": method})
+  tx = optax.chain(tr.make_method(method), optax.adam(0.05))
+  prompt = tr.initial_prompt(tiny, cfg)
+  state = tx.init(prompt)
+  step = tr.make_train_step(tr.make_model_fn(tiny.config, (0,)), tx, cfg)
+  enc = tr.encode_items(tiny.tokenizer, ITEMS[:2], max_true=2, max_false=2)
+  batch = tr.MCBatch(*map(jnp.asarray, enc))
+  new, state, values, comps = step(prompt, state, tiny.weights, batch)
+  for leaf in jax.tree.leaves((new, values, comps)):
+    assert np.all(np.isfinite(np.asarray(leaf))), method
+  # Hard J6 moves one group only; every method moves something.
+  moved = [not np.allclose(new[k], prompt[k]) for k in ("h", "w")]
+  assert any(moved), method
