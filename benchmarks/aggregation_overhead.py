@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from datetime import date
 from pathlib import Path

@@ -1,0 +1,1 @@
+"""Private implementation modules of j6jax; use the public packages."""

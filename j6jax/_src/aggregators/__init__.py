@@ -1,0 +1,1 @@
+"""Private implementation of :mod:`j6jax.aggregators`, one module a method."""
