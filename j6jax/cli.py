@@ -101,7 +101,11 @@ def _progress(desc: str):
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False):
+def _main(
+  verbose: Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log progress messages.")
+  ] = False,
+):
   logging.basicConfig(
     level=logging.INFO if verbose else logging.WARNING,
     format="%(levelname)s %(name)s: %(message)s",
@@ -114,22 +118,37 @@ def train(
   data: DataOpt = "capitals",
   model: ModelOpt = "default",
   method: Annotated[
-    str, typer.Option(help="j6, j6-hard, linear, mean, mgda, upgrad, ...")
+    str,
+    typer.Option(
+      help="j6, j6-hard, linear, mean, mgda, pcgrad, cagrad, upgrad, imtl_g, "
+      "nash_mtl, dualproj or aligned_mtl."
+    ),
   ] = "j6",
   method_kwargs: Annotated[
     str, typer.Option(help="JSON, e.g. '{\"temperature\": 0.5}'.")
   ] = "{}",
-  steps: int = 20,
-  learning_rate: float = 1e-2,
-  batch_questions: int = 4,
-  seed: int = 0,
-  split_seed: int = 0,
+  steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 20,
+  learning_rate: Annotated[float, typer.Option(help="Adam's rate.")] = 1e-2,
+  batch_questions: Annotated[int, typer.Option(help="Questions per step.")] = 4,
+  seed: Annotated[int, typer.Option(help="Data order and init seed.")] = 0,
+  split_seed: Annotated[
+    int, typer.Option(help="Seed of the train/validation/test split.")
+  ] = 0,
   overwrite: Annotated[
     bool, typer.Option(help="Wipe a run folder holding another run.")
   ] = False,
   set_: Annotated[
     list[str],
-    typer.Option("--set", help="Other TrainConfig fields, KEY=JSON."),
+    typer.Option(
+      "--set",
+      help=(
+        "Other run settings, KEY=JSON, repeatable: n_soft, h_layers (e.g. "
+        "[10,20]), h_positions (all|answer|question), max_true, max_false, "
+        "factuality (mc|nll), confidence (choice_entropy|answer_entropy), "
+        "style (plain|chat), w_init (text|random), w_init_text, max_len, "
+        "eval_every, eval_questions, checkpoint_every."
+      ),
+    ),
   ] = [],  # noqa: B006
 ) -> None:
   """Tune w and h on the training split; validation metrics on the way."""
@@ -137,15 +156,19 @@ def train(
   from j6jax._src.data import DataError
 
   try:
-    cfg = tr.TrainConfig(
+    try:
+      kwargs = json.loads(method_kwargs)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"--method-kwargs is not JSON: {e}") from e
+    base = dict(
       method=method,
-      method_kwargs=json.loads(method_kwargs),
+      method_kwargs=kwargs,
       steps=steps,
       learning_rate=learning_rate,
       batch_questions=batch_questions,
       seed=seed,
-      **_parse_sets(set_),
     )
+    cfg = tr.TrainConfig.from_dict({**base, **_parse_sets(set_)})
     split = _splits(_load_items(data), split_seed)
     lm = _load_model(model)
     summary = tr.train(
@@ -178,7 +201,7 @@ def eval_(
     "test"
   ),
   split_seed: int = 0,
-  limit: int = 0,
+  limit: Annotated[int, typer.Option(help="First N questions (0: all).")] = 0,
   out: Annotated[Path | None, typer.Option(help="Write JSON here.")] = None,
 ) -> None:
   """MC1, MC2, entropies, ECE and Brier of a run (or the plain model)."""
@@ -252,8 +275,11 @@ def demo(
   model: ModelOpt = "default",
   seed: int = 0,
 ) -> None:
-  """Tune SmolLM2 on country capitals with J6 and with equal scalar weights
-  (same budget), then print a before/after table on held-out questions."""
+  """Tune SmolLM2 on capitals with J6 and with equal weights; compare.
+
+  Both methods get the same budget; the before/after table is on held-out
+  questions.
+  """
   from j6jax._src import demo as demo_mod
 
   try:

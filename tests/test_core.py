@@ -64,6 +64,8 @@ def test_objective_jacobian_has_aux():
 def test_objective_jacobian_rejects_unreduced_outputs():
   with pytest.raises(ValueError, match=r"shape \(m,\).*\(4, 2\)"):
     j6jax.objective_jacobian(lambda p: jnp.ones((4, 2)) * p, jnp.ones(()))
+  with pytest.raises(ValueError, match=r"returned a tuple.*jnp.stack"):
+    j6jax.objective_jacobian(lambda p: (p.sum(), p.sum()), jnp.ones(2))
   with pytest.raises(ValueError, match="floating-point"):
     j6jax.objective_jacobian(lambda p: jnp.ones(2, jnp.int32), jnp.ones(2))
 
@@ -203,7 +205,7 @@ def test_group_gramians_errors():
   with pytest.raises(ValueError, match="scalar"):
     j6jax.group_gramians({"h": jnp.ones(())})
   good = {"h": jnp.ones((2, 3)), "w": jnp.ones((2, 3))}
-  with pytest.raises(ValueError, match=r"Unknown label.*'q'.*known groups"):
+  with pytest.raises(ValueError, match=r"Unknown label.*'q'.*given groups"):
     j6jax.group_gramians(good, {"h": "h", "w": "q"}, groups=("h", "w"))
   with pytest.raises(ValueError, match="own no parameter leaf"):
     j6jax.group_gramians(good, groups=("h", "w", "z"))
@@ -254,8 +256,10 @@ def test_decompose_general_m_and_names():
   assert j6jax.decompose(grams).objectives == ("f0", "f1", "f2")
   with pytest.raises(ValueError, match="objective_names has 2 names"):
     j6jax.decompose(grams, ("x", "y"))
-  with pytest.raises(ValueError, match="same m"):
+  with pytest.raises(ValueError, match="same m.*'b' has shape"):
     j6jax.decompose({"a": jnp.eye(2), "b": jnp.eye(3)})
+  with pytest.raises(ValueError, match=r"square.*'h' has shape \(2, 3\)"):
+    j6jax.decompose({"h": jnp.ones((2, 3))})
 
 
 def test_decompose_zero_gramian_is_finite():

@@ -203,8 +203,12 @@ def test_c09_inject_hyperparams_temperature_no_retrace(cases):
   )
   assert not np.allclose(s1.inner_state.alpha, s2.inner_state.alpha)
   assert len(traces) == exp["trace_count"]
-  with pytest.raises(KeyError, match="no_such"):
+  with pytest.raises(KeyError, match=r"no_such.*the state has.*temperature"):
     j6jax.set_hyperparams(s2, no_such=1.0)
+  with pytest.raises(ValueError, match="temperature must be > 0"):
+    j6jax.set_hyperparams(s2, temperature=0.0)
+  with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
+    j6jax.set_hyperparams(s2, ema=1.5)
 
 
 def test_ema_averages_scores():
@@ -380,6 +384,8 @@ def test_construction_errors():
     j6jax.j6(objective_weights=[1, 2, 3], objective_names=("F", "C"))
   with pytest.raises(ValueError, match="1-D"):
     j6jax.j6(objective_weights=[[1.0]])
+  with pytest.raises(ValueError, match=r"objective_weights must all be > 0"):
+    j6jax.j6(objective_weights=[1.0, -1.0])
 
 
 def test_trace_time_errors():

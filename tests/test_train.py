@@ -206,8 +206,12 @@ def test_same_seed_same_result(tiny, tmp_path):
 def test_config_validation():
   with pytest.raises(ValueError, match="factuality must be one of"):
     tr.TrainConfig(factuality="bleu")
-  with pytest.raises(ValueError, match="Unknown method 'sgd'"):
+  with pytest.raises(ValueError, match="Unknown method 'sgd'.*'nash_mtl'"):
     tr.TrainConfig(method="sgd")
+  with pytest.raises(ValueError, match="Unknown method 'MeanState'"):
+    tr.TrainConfig(method="MeanState")
+  with pytest.raises(ValueError, match="do not fit method 'j6-hard'"):
+    tr.TrainConfig(method="j6-hard", method_kwargs={"mode": "soft"})
   with pytest.raises(ValueError, match="steps must be >= 1"):
     tr.TrainConfig(steps=0)
   with pytest.raises(ValueError, match="Unknown config key"):

@@ -213,7 +213,8 @@ def order_groups(
   unknown = sorted(present - set(groups))
   if unknown:
     raise ValueError(
-      f"Unknown label(s) {unknown}: the known groups are {list(groups)}."
+      f"Unknown label(s) {unknown}: the labels of the leaves must be among "
+      f"the given groups {list(groups)}."
     )
   empty = [g for g in groups if g not in present]
   if empty:

@@ -108,11 +108,16 @@ def _stack(
   groups = tuple(str(g) for g in gramians)
   shapes = {g: jnp.shape(v) for g, v in gramians.items()}
   first = next(iter(shapes.values()))
-  for g, s in shapes.items():
-    if len(s) != 2 or s[0] != s[1] or s != first:
+  for g, shape in shapes.items():
+    if len(shape) != 2 or shape[0] != shape[1]:
       raise ValueError(
-        f"Every Gramian must be square [m, m] with the same m; group {g!r} "
-        f"has shape {s}, group {groups[0]!r} has shape {first}."
+        f"Every Gramian must be square [m, m], but group {g!r} has shape "
+        f"{shape}."
+      )
+    if shape != first:
+      raise ValueError(
+        f"Every Gramian must have the same m, but group {g!r} has shape "
+        f"{shape} and group {groups[0]!r} has shape {first}."
       )
   return groups, jnp.stack([jnp.asarray(v) for v in gramians.values()])
 

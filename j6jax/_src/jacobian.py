@@ -12,6 +12,12 @@ from j6jax._src import base
 
 
 def _check_values(values: Any) -> jax.Array:
+  if not hasattr(values, "shape") or not hasattr(values, "dtype"):
+    raise ValueError(
+      "The objective function must return one array of shape (m,), but it "
+      f"returned a {type(values).__name__}; stack the objectives with "
+      "jnp.stack([f1, f2, ...])."
+    )
   shape = jnp.shape(values)
   if len(shape) != 1:
     raise ValueError(

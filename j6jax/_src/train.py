@@ -139,7 +139,9 @@ class TrainConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"Unknown config key(s) {unknown}.")
+      raise ValueError(
+        f"Unknown config key(s) {unknown}; the keys are {sorted(known)}."
+      )
     return cls(**d)
 
   def identity(self) -> dict:
@@ -150,24 +152,52 @@ class TrainConfig:
     return d
 
 
+METHODS = (
+  "j6",
+  "j6-hard",
+  "linear",
+  "mean",
+  "mgda",
+  "pcgrad",
+  "cagrad",
+  "upgrad",
+  "imtl_g",
+  "nash_mtl",
+  "dualproj",
+  "aligned_mtl",
+)
+"""The names :func:`make_method` takes (``"j6-soft"`` is ``"j6"`` too)."""
+
+
 def make_method(
   name: str, kwargs: dict | None = None
 ) -> optax.GradientTransformationExtraArgs:
-  """The transform that turns the Jacobian into an update, by name."""
-  kwargs = dict(kwargs or {})
-  if name in ("j6", "j6-soft"):
-    return j6(mode="soft", **kwargs)
-  if name == "j6-hard":
-    return j6(mode="hard", **kwargs)
-  from j6jax import aggregators
+  """The transform that turns the Jacobian into an update, by name.
 
-  factory = getattr(aggregators, name, None)
-  known = ["j6", "j6-hard", *getattr(aggregators, "__all__", ())]
-  if factory is None or not callable(factory) or name.endswith("_weights"):
-    raise ValueError(f"Unknown method {name!r}; known methods: {known}.")
-  if name == "linear" and "weights" not in kwargs:
-    kwargs["weights"] = [1.0, 1.0]
-  return factory(**kwargs)
+  Raises:
+    ValueError: an unknown name (the message lists :data:`METHODS`) or
+      keyword arguments the method's factory does not take.
+  """
+  kwargs = dict(kwargs or {})
+  if name not in (*METHODS, "j6-soft"):
+    raise ValueError(
+      f"Unknown method {name!r}; known methods: {list(METHODS)}."
+    )
+  try:
+    if name in ("j6", "j6-soft", "j6-hard"):
+      if "mode" in kwargs:
+        raise TypeError("give the mode by the method name, not 'mode'")
+      mode = "hard" if name == "j6-hard" else "soft"
+      return j6(mode=mode, **kwargs)
+    from j6jax import aggregators
+
+    if name == "linear" and "weights" not in kwargs:
+      kwargs["weights"] = [1.0, 1.0]
+    return getattr(aggregators, name)(**kwargs)
+  except TypeError as e:
+    raise ValueError(
+      f"method_kwargs {kwargs} do not fit method {name!r}: {e}."
+    ) from e
 
 
 # Encoding -------------------------------------------------------------------
@@ -682,15 +712,24 @@ def train(
   finished step before it propagates.
   """
   run_dir = Path(run_dir)
-  resumed = prepare_run_dir(run_dir, cfg, overwrite)
   if not train_items:
     raise DataError("The training split is empty.")
+  # Everything that can fail on the inputs fails before the folder is used.
   model_fn = make_model_fn(lm.config, cfg.h_layers)
   tx = optax.chain(
     make_method(cfg.method, cfg.method_kwargs), optax.adam(cfg.learning_rate)
   )
   prompt = initial_prompt(lm, cfg)
   opt_state = tx.init(prompt)
+  encoded = encode_items(
+    lm.tokenizer,
+    train_items,
+    max_true=cfg.max_true,
+    max_false=cfg.max_false,
+    style=cfg.style,
+    max_len=cfg.max_len,
+  )
+  resumed = prepare_run_dir(run_dir, cfg, overwrite)
   start = 0
   mgr = _checkpointer(run_dir)
   if resumed:
@@ -700,14 +739,6 @@ def train(
       log.info("resumed %s at step %d", run_dir, start)
   _truncate_jsonl(run_dir / "steps.jsonl", start)
   _truncate_jsonl(run_dir / "eval.jsonl", start)
-  encoded = encode_items(
-    lm.tokenizer,
-    train_items,
-    max_true=cfg.max_true,
-    max_false=cfg.max_false,
-    style=cfg.style,
-    max_len=cfg.max_len,
-  )
   step_fn = make_train_step(model_fn, tx, cfg)
   val = list(val_items)[: cfg.eval_questions or None]
 

@@ -226,7 +226,13 @@ def j6(
 
   .. warning::
     Non-finite Jacobians are not guarded: wrap the chain in
-    ``optax.apply_if_finite`` when objectives can overflow.
+    ``optax.apply_if_finite`` when objectives can overflow. The Gramians are
+    float32 for float32 Jacobians, so entries beyond about ``1e18`` (squares
+    beyond float32's range) overflow to inf and give NaN.
+
+  With ``normalize="trace"`` the scores lie in ``[-1/2, 1]``, so
+  ``temperature=1`` gives nearly uniform weights; temperatures of 0.01 to
+  0.3 make the choice sharper.
 
   Examples:
     >>> import jax.numpy as jnp, optax, j6jax
@@ -252,6 +258,13 @@ def j6(
         f"shape {np.shape(objective_weights)}."
       )
     n_w = np.shape(objective_weights)[0]
+    if _is_concrete(objective_weights) and not np.all(
+      np.asarray(objective_weights, np.float64) > 0
+    ):
+      raise ValueError(
+        "objective_weights must all be > 0 (a weight <= 0 flips or drops an "
+        f"objective), but got {np.asarray(objective_weights).tolist()}."
+      )
     if objective_names is None:
       objective_names = dec.default_objective_names(n_w)
     if len(objective_names) != n_w:
@@ -344,8 +357,13 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
   the state is not retraced (a Python float would be weakly typed and
   trigger a new trace).
 
+  ``temperature`` must be ``> 0`` and ``ema`` in ``[0, 1)``, as at
+  construction: inside ``jit`` these are no longer checked.
+
   Raises:
-    KeyError: if no injected state holds one of the names.
+    KeyError: if no injected state holds one of the names (the message lists
+      the names there are).
+    ValueError: for a value of the wrong shape or out of range.
 
   Examples:
     >>> import jax.numpy as jnp, optax, j6jax
@@ -356,17 +374,32 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     ...     state.hyperparams["temperature"])
     (dtype('float32'), 0.25)
   """
-  found = set()
+  if "temperature" in values and not np.all(
+    np.asarray(values["temperature"], np.float64) > 0
+  ):
+    raise ValueError(
+      f"temperature must be > 0, but got {values['temperature']!r}."
+    )
+  if "ema" in values:
+    e = np.asarray(values["ema"], np.float64)
+    if not np.all((e >= 0) & (e < 1)):
+      raise ValueError(f"ema must be in [0, 1), but got {values['ema']!r}.")
+  found, existing = set(), set()
 
   def visit(s):
     if hasattr(s, "hyperparams") and isinstance(s.hyperparams, dict):
       hp = dict(s.hyperparams)
+      existing.update(hp)
       for k, v in values.items():
         if k in hp:
           old = hp[k]
-          hp[k] = jnp.broadcast_to(
-            jnp.asarray(v, dtype=jnp.result_type(old)), jnp.shape(old)
-          )
+          new = jnp.asarray(v, dtype=jnp.result_type(old))
+          if jnp.shape(new) not in ((), jnp.shape(old)):
+            raise ValueError(
+              f"{k} has shape {jnp.shape(old)} in the state; got a value of "
+              f"shape {jnp.shape(new)}."
+            )
+          hp[k] = jnp.broadcast_to(new, jnp.shape(old))
           found.add(k)
       s = s._replace(hyperparams=hp)
       if hasattr(s, "inner_state"):
@@ -383,6 +416,11 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
   out = visit(state)
   missing = sorted(set(values) - found)
   if missing:
+    if existing:
+      raise KeyError(
+        f"No injected hyperparameter named {missing}; the state has "
+        f"{sorted(existing)}."
+      )
     raise KeyError(
       f"No injected hyperparameter named {missing} in the state; wrap the "
       "transform with optax.inject_hyperparams first."

@@ -113,6 +113,52 @@ def test_cli_errors_are_clear(setup):
     ],
   )
   assert res.exit_code == 2 and "7" in res.output
+  res = runner.invoke(
+    app,
+    [
+      "train",
+      str(tmp / "r"),
+      "--data",
+      str(data),
+      *common,
+      "--set",
+      "n_sofft=3",
+    ],
+  )
+  assert (
+    res.exit_code == 2 and "Unknown config key(s) ['n_sofft']" in res.output
+  )
+  res = runner.invoke(
+    app,
+    [
+      "train",
+      str(tmp / "r"),
+      "--data",
+      str(data),
+      *common,
+      "--method-kwargs",
+      '{"temprature": 0.5}',
+    ],
+  )
+  assert res.exit_code == 2 and "do not fit method 'j6'" in res.output
+  # Failed runs left the folder usable: a correct command now works.
+  res = runner.invoke(
+    app,
+    [
+      "train",
+      str(tmp / "r"),
+      "--data",
+      str(data),
+      *common,
+      "--steps",
+      "1",
+      "--set",
+      "h_layers=[1]",
+      "--set",
+      "eval_every=0",
+    ],
+  )
+  assert res.exit_code == 0, res.output
   res = runner.invoke(app, ["eval", "--data", str(data), *common])
   assert res.exit_code == 2 and "RUN_DIR or --untuned" in res.output
   res = runner.invoke(app, ["report", str(tmp / "empty")])
