@@ -233,7 +233,7 @@ def eval_(
       items,
       style=cfg.style,
       h_positions=cfg.h_positions,
-      max_len=cfg.max_len,
+      max_len=tr.context_limit(lm, cfg),
       progress=_progress("eval"),
     )
   except (DataError, tr.RunDirError, ValueError) as e:

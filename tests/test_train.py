@@ -203,6 +203,21 @@ def test_same_seed_same_result(tiny, tmp_path):
   assert a == b
 
 
+def test_prompt_longer_than_model_context(tiny, tmp_path):
+  import dataclasses
+
+  short = models.LlamaModel(
+    dataclasses.replace(tiny.config, max_positions=20),
+    tiny.weights,
+    tiny.tokenizer,
+  )
+  cfg = tr.TrainConfig(**{**CFG, "steps": 1})
+  assert tr.context_limit(short, cfg) == 18
+  with pytest.raises(data.DataError, match="more than max_len=18"):
+    tr.train(short, ITEMS, [], cfg, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
 def test_config_validation():
   with pytest.raises(ValueError, match="factuality must be one of"):
     tr.TrainConfig(factuality="bleu")

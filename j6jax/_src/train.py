@@ -659,6 +659,13 @@ def _restore(mgr, prompt, opt_state):
   return step, state["prompt"], state["opt_state"]
 
 
+def context_limit(lm: Any, cfg: TrainConfig) -> int:
+  """Longest allowed question + answer: ``max_len``, and never more than the
+  model's context less the soft-prompt vectors."""
+  ctx = getattr(lm.config, "max_positions", None)
+  return cfg.max_len if ctx is None else min(cfg.max_len, ctx - cfg.n_soft)
+
+
 def batch_indices(n_items: int, cfg: TrainConfig, step: int) -> np.ndarray:
   """Question indices of ``step``: a seeded permutation per epoch."""
   per_epoch = max(1, n_items // cfg.batch_questions)
@@ -727,7 +734,7 @@ def train(
     max_true=cfg.max_true,
     max_false=cfg.max_false,
     style=cfg.style,
-    max_len=cfg.max_len,
+    max_len=context_limit(lm, cfg),
   )
   resumed = prepare_run_dir(run_dir, cfg, overwrite)
   start = 0
@@ -751,7 +758,7 @@ def train(
       val,
       style=cfg.style,
       h_positions=cfg.h_positions,
-      max_len=cfg.max_len,
+      max_len=context_limit(lm, cfg),
     )
     res.pop("loglik")
     _append(run_dir / "eval.jsonl", {"step": step, **res})
