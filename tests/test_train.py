@@ -235,23 +235,7 @@ def test_config_validation():
   assert tr.TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
-METHODS = [
-  "j6",
-  "j6-hard",
-  "linear",
-  "mean",
-  "mgda",
-  "pcgrad",
-  "cagrad",
-  "upgrad",
-  "imtl_g",
-  "nash_mtl",
-  "dualproj",
-  "aligned_mtl",
-]
-
-
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", tr.METHODS)
 def test_every_method_takes_a_finite_step(tiny, method):
   import optax
 
