@@ -225,20 +225,9 @@ def eval_(
       prompt = models.init_prompt(lm.config, n_soft=0, layers=())
     else:
       prompt, cfg = tr.load_run_prompt(lm, run_dir)
-    res = tr.evaluate(
-      tr.make_model_fn(lm.config, cfg.h_layers),
-      prompt,
-      lm.weights,
-      lm.tokenizer,
-      items,
-      style=cfg.style,
-      h_positions=cfg.h_positions,
-      max_len=tr.context_limit(lm, cfg),
-      progress=_progress("eval"),
-    )
+    res = tr.evaluate_prompt(lm, prompt, cfg, items, progress=_progress("eval"))
   except (DataError, tr.RunDirError, ValueError) as e:
     _fail(str(e))
-  res.pop("loglik")
   res["split"] = split
   text = json.dumps(res, indent=2)
   if out is None and run_dir is not None:

@@ -63,19 +63,14 @@ def run_demo(
     max_false=3,
   )
   rows, runs = {}, {}
-  cfg0 = tr.TrainConfig(**base)
-  untuned = models.init_prompt(lm.config, n_soft=0, layers=cfg0.h_layers)
-  mf = tr.make_model_fn(lm.config, cfg0.h_layers)
-  res = tr.evaluate(
-    mf,
+  untuned = tr.TrainConfig(**{**base, "h_layers": ()})
+  rows["untuned"] = tr.evaluate_prompt(
+    lm,
+    models.init_prompt(lm.config, n_soft=0, layers=()),
     untuned,
-    lm.weights,
-    lm.tokenizer,
     split.test,
     progress=wrap("eval untuned"),
   )
-  res.pop("loglik")
-  rows["untuned"] = res
   for name, method in (("j6", "j6"), ("linear", "linear")):
     cfg = tr.TrainConfig(method=method, **base)
     runs[name] = tr.train(
@@ -87,16 +82,9 @@ def run_demo(
       progress=wrap(f"train {name}"),
     )
     prompt, _ = tr.load_run_prompt(lm, out / name)
-    res = tr.evaluate(
-      mf,
-      prompt,
-      lm.weights,
-      lm.tokenizer,
-      split.test,
-      progress=wrap(f"eval {name}"),
+    rows[f"{name} ({steps} steps)"] = tr.evaluate_prompt(
+      lm, prompt, cfg, split.test, progress=wrap(f"eval {name}")
     )
-    res.pop("loglik")
-    rows[f"{name} ({steps} steps)"] = res
     make_report(out / name)
   table = _table(rows)
   result = {

@@ -10,6 +10,7 @@ state, step and data order) and ``summary.json`` at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -395,10 +396,17 @@ def objective_values(
 
 
 def make_model_fn(config: Any, h_layers: Sequence[int]) -> Callable:
-  """``model_fn`` of :func:`answer_scores` from ``j6jax.models.forward``."""
-  from j6jax.models import forward
+  """``model_fn`` of :func:`answer_scores` from ``j6jax.models.forward``.
 
-  h_layers = tuple(h_layers)
+  Cached on ``(config, h_layers)``, so that the jitted programs built on it
+  (e.g. the evaluation scorer) are compiled once per model and layers.
+  """
+  return _model_fn(config, tuple(int(x) for x in h_layers))
+
+
+@functools.lru_cache(maxsize=16)
+def _model_fn(config: Any, h_layers: tuple[int, ...]) -> Callable:
+  from j6jax.models import forward
 
   def model_fn(weights, tokens, attention_mask, prompt, h_mask):
     return forward(
@@ -443,6 +451,20 @@ def make_train_step(
 # Evaluation -----------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
+def _scorer(model_fn: Callable, h_positions: str) -> Callable:
+  """The jitted per-sequence scorer, built once per ``model_fn`` (so the
+  evaluations during a run reuse one compilation)."""
+
+  @jax.jit
+  def score(weights, prompt, tokens, attn, ans):
+    batch = MCBatch(tokens[:, None], attn[:, None], ans[:, None], None, None)
+    ll, ent = answer_scores(model_fn, prompt, weights, batch, h_positions)
+    return ll[:, 0], ent[:, 0]
+
+  return score
+
+
 def evaluate(
   model_fn: Callable,
   prompt: Any,
@@ -481,12 +503,7 @@ def evaluate(
   T = int(math.ceil(longest / 8) * 8)
   pad = tokenizer.pad_token_id or 0
 
-  @jax.jit
-  def score(weights, prompt, tokens, attn, ans):
-    batch = MCBatch(tokens[:, None], attn[:, None], ans[:, None], None, None)
-    ll, ent = answer_scores(model_fn, prompt, weights, batch, h_positions)
-    return ll[:, 0], ent[:, 0]
-
+  score = _scorer(model_fn, h_positions)
   ll = np.full((len(items), A), -np.inf)
   ent = np.zeros((len(items), A))
   ntok = np.ones((len(items), A))
@@ -526,6 +543,31 @@ def evaluate(
   out["factuality_nll"] = float(np.mean(-ll[:, 0] / ntok[:, 0]))
   out["loglik"] = ll.tolist()
   return out
+
+
+def evaluate_prompt(
+  lm: Any,
+  prompt: Any,
+  cfg: TrainConfig,
+  items: Sequence[MCItem],
+  *,
+  progress: Callable | None = None,
+) -> dict:
+  """:func:`evaluate` with the model, format and limits of a run's config;
+  the per-answer log-likelihoods are left out of the result."""
+  res = evaluate(
+    make_model_fn(lm.config, cfg.h_layers),
+    prompt,
+    lm.weights,
+    lm.tokenizer,
+    items,
+    style=cfg.style,
+    h_positions=cfg.h_positions,
+    max_len=context_limit(lm, cfg),
+    progress=progress,
+  )
+  res.pop("loglik")
+  return res
 
 
 # Prompt initialisation ------------------------------------------------------
@@ -750,17 +792,7 @@ def train(
   val = list(val_items)[: cfg.eval_questions or None]
 
   def run_eval(step):
-    res = evaluate(
-      model_fn,
-      prompt,
-      lm.weights,
-      lm.tokenizer,
-      val,
-      style=cfg.style,
-      h_positions=cfg.h_positions,
-      max_len=context_limit(lm, cfg),
-    )
-    res.pop("loglik")
+    res = evaluate_prompt(lm, prompt, cfg, val)
     _append(run_dir / "eval.jsonl", {"step": step, **res})
     return res
 

@@ -79,85 +79,28 @@ def test_cli_errors_are_clear(setup):
   tmp, data, model = setup
   runner = typer_testing.CliRunner()
   common = ["--model", model]
+
+  def train(*extra, data_file=data):
+    args = ["train", str(tmp / "r"), "--data", str(data_file), *common]
+    return runner.invoke(app, [*args, *extra])
+
   res = runner.invoke(app, ["train", str(tmp / "r"), "--data", "nope.jsonl"])
   assert res.exit_code == 2 and "nope.jsonl: data file not found" in res.output
   bad = tmp / "bad.jsonl"
   bad.write_text('{"question": "q", "correct": ["a"]}\n')
-  res = runner.invoke(
-    app, ["train", str(tmp / "r"), "--data", str(bad), *common]
-  )
+  res = train(data_file=bad)
   assert res.exit_code == 2 and "bad.jsonl:1: missing field" in res.output
-  res = runner.invoke(
-    app,
-    [
-      "train",
-      str(tmp / "r"),
-      "--data",
-      str(data),
-      *common,
-      "--method",
-      "adamw",
-    ],
-  )
+  res = train("--method", "adamw")
   assert res.exit_code == 2 and "Unknown method 'adamw'" in res.output
-  res = runner.invoke(
-    app,
-    [
-      "train",
-      str(tmp / "r"),
-      "--data",
-      str(data),
-      *common,
-      "--set",
-      "h_layers=[7]",
-    ],
-  )
+  res = train("--set", "h_layers=[7]")
   assert res.exit_code == 2 and "7" in res.output
-  res = runner.invoke(
-    app,
-    [
-      "train",
-      str(tmp / "r"),
-      "--data",
-      str(data),
-      *common,
-      "--set",
-      "n_sofft=3",
-    ],
-  )
-  assert (
-    res.exit_code == 2 and "Unknown config key(s) ['n_sofft']" in res.output
-  )
-  res = runner.invoke(
-    app,
-    [
-      "train",
-      str(tmp / "r"),
-      "--data",
-      str(data),
-      *common,
-      "--method-kwargs",
-      '{"temprature": 0.5}',
-    ],
-  )
+  res = train("--set", "n_sofft=3")
+  assert res.exit_code == 2
+  assert "Unknown config key(s) ['n_sofft']" in res.output
+  res = train("--method-kwargs", '{"temprature": 0.5}')
   assert res.exit_code == 2 and "do not fit method 'j6'" in res.output
   # Failed runs left the folder usable: a correct command now works.
-  res = runner.invoke(
-    app,
-    [
-      "train",
-      str(tmp / "r"),
-      "--data",
-      str(data),
-      *common,
-      "--steps",
-      "1",
-      "--set",
-      "h_layers=[1]",
-      "--set",
-      "eval_every=0",
-    ],
-  )
+  res = train("--steps", "1", "--set", "h_layers=[1]", "--set", "eval_every=0")
   assert res.exit_code == 0, res.output
   res = runner.invoke(app, ["eval", "--data", str(data), *common])
   assert res.exit_code == 2 and "RUN_DIR or --untuned" in res.output
