@@ -150,6 +150,25 @@ def train(
       ),
     ),
   ] = [],  # noqa: B006
+  mesh: Annotated[
+    str,
+    typer.Option(
+      help=(
+        "Device mesh, e.g. 'data=4,model=2': questions split over 'data', "
+        "weights and prompt over 'model' (sizes multiply to the device "
+        "count). Empty: one device."
+      )
+    ),
+  ] = "",
+  distributed: Annotated[
+    bool,
+    typer.Option(
+      help=(
+        "Call jax.distributed.initialize() first (multi-host: run the same "
+        "command on every host; see the README)."
+      )
+    ),
+  ] = False,
 ) -> None:
   """Tune w and h on the training split; validation metrics on the way."""
   from j6jax._src import train as tr
@@ -169,6 +188,15 @@ def train(
       seed=seed,
     )
     cfg = tr.TrainConfig.from_dict({**base, **_parse_sets(set_)})
+    if distributed:
+      import jax
+
+      jax.distributed.initialize()
+    device_mesh = None
+    if mesh:
+      from j6jax.sharding import make_mesh
+
+      device_mesh = make_mesh(mesh)
     split = _splits(_load_items(data), split_seed)
     lm = _load_model(model)
     summary = tr.train(
@@ -179,6 +207,7 @@ def train(
       run_dir,
       overwrite=overwrite,
       progress=_progress(f"train {method}"),
+      mesh=device_mesh,
     )
   except (DataError, tr.RunDirError, ValueError) as e:
     _fail(str(e))

@@ -93,3 +93,48 @@ def _models():
   from j6jax import models
 
   return models
+
+
+TINY_CHAT = (
+  "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n"
+  "{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+  """A tiny random-weight Llama with a byte-level tokenizer (no merges): the
+  training job's code path at a size that compiles in seconds."""
+  import jax
+
+  tokenizers = pytest.importorskip("tokenizers")
+  from j6jax import models
+  from j6jax._src.models.tokenizer import byte_alphabet
+
+  chars = sorted(set(byte_alphabet().values()))
+  vocab = {c: i for i, c in enumerate(chars)}
+  backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
+    add_prefix_space=False, use_regex=True
+  )
+  backend.decoder = tokenizers.decoders.ByteLevel()
+  backend.add_special_tokens(
+    [tokenizers.AddedToken(t, special=True) for t in ("<s>", "</s>")]
+  )
+  tok = models.Tokenizer(
+    backend, bos_token="<s>", eos_token="</s>", chat_template=TINY_CHAT
+  )
+  config = models.LlamaConfig(
+    vocab_size=tok.vocab_size,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_ff=64,
+    rope_theta=10000.0,
+    bos_token_id=tok.bos_token_id,
+    eos_token_ids=(tok.eos_token_id,),
+  )
+  weights = models.init_weights(config, jax.random.PRNGKey(0))
+  return models.LlamaModel(config, weights, tok)

@@ -249,3 +249,38 @@ def test_split_errors():
     data.split(items, fractions=(0.9, 0.05, 0.05))
   with pytest.raises(data.DataError, match="three numbers"):
     data.split(items, fractions=(1.0, -1.0, 0.0))
+
+
+def test_hypervolume_2d_closed_forms():
+  hv = metrics.hypervolume_2d
+  assert hv([[1.0, 2.0]], [4.0, 4.0]) == pytest.approx(6.0)
+  # Two boxes 3x1 and 2x3 overlapping in 2x1: 7.
+  assert hv([[1.0, 3.0], [2.0, 1.0]], [4.0, 4.0]) == pytest.approx(7.0)
+  # Order and dominated points do not matter.
+  pts = [[2.0, 1.0], [3.0, 3.5], [1.0, 3.0], [2.5, 2.0]]
+  assert hv(pts, [4.0, 4.0]) == pytest.approx(7.0)
+  # Points that do not beat the reference in both coordinates add nothing.
+  assert hv([[5.0, 0.0], [0.0, 4.0]], [4.0, 4.0]) == 0.0
+  assert hv(np.zeros((0, 2)), [1.0, 1.0]) == 0.0
+
+
+def test_hypervolume_2d_matches_a_grid_count():
+  rng = np.random.default_rng(0)
+  pts = rng.uniform(0, 1, (6, 2))
+  n = 400
+  g = (np.arange(n) + 0.5) / n
+  x, y = np.meshgrid(g, g, indexing="ij")
+  covered = np.zeros_like(x, bool)
+  for p0, p1 in pts:
+    covered |= (x >= p0) & (y >= p1)
+  want = covered.mean()
+  assert metrics.hypervolume_2d(pts, [1.0, 1.0]) == pytest.approx(
+    want, abs=5e-3
+  )
+
+
+def test_hypervolume_2d_errors():
+  with pytest.raises(ValueError, match="reference must have shape"):
+    metrics.hypervolume_2d([[0.0, 0.0]], [1.0, 1.0, 1.0])
+  with pytest.raises(ValueError, match="finite"):
+    metrics.hypervolume_2d([[np.nan, 0.0]], [1.0, 1.0])

@@ -136,3 +136,26 @@ def summarize(loglik, true_mask, choice_mask, n_bins: int = 10) -> dict:
     "brier": float(brier(loglik, true_mask, choice_mask).mean()),
     "n_questions": int(np.asarray(loglik).shape[0]),
   }
+
+
+def hypervolume_2d(points, reference) -> float:
+  """Area dominated by ``points`` ``[n, 2]`` and bounded by ``reference``.
+
+  Both coordinates are minimised (e.g. factuality loss and entropy). A point
+  that does not beat the reference in both coordinates adds nothing; the
+  union of the boxes ``[p, reference]`` is measured, so dominated points add
+  nothing either. One point ``p`` gives ``(r0 - p0) * (r1 - p1)``.
+  """
+  pts = np.asarray(points, np.float64).reshape(-1, 2)
+  ref = np.asarray(reference, np.float64)
+  if ref.shape != (2,):
+    raise ValueError(f"reference must have shape (2,), got {ref.shape}.")
+  if not np.all(np.isfinite(pts)):
+    raise ValueError("points must be finite.")
+  pts = pts[np.all(pts < ref, axis=1)]
+  area, best1 = 0.0, ref[1]
+  for p0, p1 in sorted(map(tuple, pts)):
+    if p1 < best1:
+      area += (ref[0] - p0) * (best1 - p1)
+      best1 = p1
+  return float(area)

@@ -552,13 +552,15 @@ def evaluate_prompt(
   items: Sequence[MCItem],
   *,
   progress: Callable | None = None,
+  weights: Any = None,
 ) -> dict:
   """:func:`evaluate` with the model, format and limits of a run's config;
-  the per-answer log-likelihoods are left out of the result."""
+  the per-answer log-likelihoods are left out of the result. ``weights``
+  replaces ``lm.weights`` (e.g. the same weights placed on a mesh)."""
   res = evaluate(
     make_model_fn(lm.config, cfg.h_layers),
     prompt,
-    lm.weights,
+    lm.weights if weights is None else weights,
     lm.tokenizer,
     items,
     style=cfg.style,
@@ -739,6 +741,7 @@ def train(
   overwrite: bool = False,
   progress: Callable | None = None,
   stop_after: int | None = None,
+  mesh: Any = None,
 ) -> dict:
   """Tunes ``{"h", "w"}`` with ``cfg.method``, resuming where a run stopped.
 
@@ -753,6 +756,13 @@ def train(
     progress: optional wrapper of the step range (e.g. ``tqdm``).
     stop_after: stop (with a checkpoint) after this many steps of this
       call, for tests of resumption.
+    mesh: an optional ``jax.sharding.Mesh`` with axes ``("data", "model")``
+      (:func:`j6jax.sharding.make_mesh`): each step's questions are split
+      over ``"data"``, the model weights and the prompt's hidden axis over
+      ``"model"``. The results equal the single-device ones to float
+      tolerance; ``batch_questions`` must divide by the ``"data"`` size. With
+      several processes (``jax.distributed.initialize``) only process 0
+      writes the logs; all of them take part in the checkpoints.
 
   Returns:
     The summary (also written to ``summary.json``).
@@ -769,7 +779,20 @@ def train(
     make_method(cfg.method, cfg.method_kwargs), optax.adam(cfg.learning_rate)
   )
   prompt = initial_prompt(lm, cfg)
+  weights = lm.weights
+  place_batch = lambda b: b
+  if mesh is not None:
+    from j6jax._src import sharding
+
+    sharding.batch_shardings(  # fails early on an indivisible batch
+      np.zeros((cfg.batch_questions,)), mesh
+    )
+    weights = sharding.shard_weights(weights, mesh)
+    prompt = sharding.shard_prompt(prompt, mesh)
+    place_batch = lambda b: sharding.shard_batch(b, mesh)
   opt_state = tx.init(prompt)
+  if mesh is not None:
+    opt_state = sharding.on_mesh(opt_state, mesh)
   encoded = encode_items(
     lm.tokenizer,
     train_items,
@@ -791,14 +814,18 @@ def train(
   step_fn = make_train_step(model_fn, tx, cfg)
   val = list(val_items)[: cfg.eval_questions or None]
 
+  main = jax.process_index() == 0
+  write = _append if main else (lambda path, record: None)
+
   def run_eval(step):
-    res = evaluate_prompt(lm, prompt, cfg, val)
-    _append(run_dir / "eval.jsonl", {"step": step, **res})
+    res = evaluate_prompt(lm, prompt, cfg, val, weights=weights)
+    write(run_dir / "eval.jsonl", {"step": step, **res})
     return res
 
-  (run_dir / "components.json").write_text(
-    json.dumps({"names": component_names(("h", "w"), ("F", "C"))})
-  )
+  if main:
+    (run_dir / "components.json").write_text(
+      json.dumps({"names": component_names(("h", "w"), ("F", "C"))})
+    )
   if val and start == 0 and not (run_dir / "eval.jsonl").exists():
     run_eval(0)
   end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
@@ -810,12 +837,12 @@ def train(
   try:
     for step in steps:
       idx = batch_indices(len(train_items), cfg, step)
-      batch = MCBatch(*(jnp.asarray(x[idx]) for x in encoded))
+      batch = place_batch(MCBatch(*(x[idx] for x in encoded)))
       prompt, opt_state, values, comps = step_fn(
-        prompt, opt_state, lm.weights, batch
+        prompt, opt_state, weights, batch
       )
       done = step + 1
-      _append(
+      write(
         run_dir / "steps.jsonl",
         {
           "step": done,
@@ -848,9 +875,14 @@ def train(
     if last is None or last.get("step") != done:
       last = {"step": done, **run_eval(done)}
     summary["validation"] = last
-  (run_dir / "summary.json").write_text(
-    json.dumps(summary, indent=2, default=_json_default)
-  )
+  if mesh is not None:
+    summary["mesh"] = dict(
+      zip(mesh.axis_names, map(int, mesh.devices.shape), strict=True)
+    )
+  if main:
+    (run_dir / "summary.json").write_text(
+      json.dumps(summary, indent=2, default=_json_default)
+    )
   return summary
 
 

@@ -99,9 +99,25 @@ def test_cli_errors_are_clear(setup):
   assert "Unknown config key(s) ['n_sofft']" in res.output
   res = train("--method-kwargs", '{"temprature": 0.5}')
   assert res.exit_code == 2 and "do not fit method 'j6'" in res.output
-  # Failed runs left the folder usable: a correct command now works.
-  res = train("--steps", "1", "--set", "h_layers=[1]", "--set", "eval_every=0")
+  res = train("--mesh", "data=64")
+  assert res.exit_code == 2 and "needs 64 devices, but there are" in res.output
+  res = train("--mesh", "pipe=2")
+  assert res.exit_code == 2 and "Unknown mesh axes ['pipe']" in res.output
+  # Failed runs left the folder usable: a correct command now works, here
+  # on a one-device mesh (8 devices: tests/mesh_checks.py).
+  res = train(
+    "--steps",
+    "1",
+    "--set",
+    "h_layers=[1]",
+    "--set",
+    "eval_every=0",
+    "--mesh",
+    "data=1",
+  )
   assert res.exit_code == 0, res.output
+  summary = json.loads((tmp / "r" / "summary.json").read_text())
+  assert summary["mesh"] == {"data": 1, "model": 1}
   res = runner.invoke(app, ["eval", "--data", str(data), *common])
   assert res.exit_code == 2 and "RUN_DIR or --untuned" in res.output
   res = runner.invoke(app, ["report", str(tmp / "empty")])
