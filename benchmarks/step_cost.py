@@ -57,7 +57,7 @@ def _setup(csv: str, mesh_shape: str = ""):
   model_fn = tr.make_model_fn(lm.config, cfg.h_layers)
   if mesh_shape:
     mesh = sharding.make_mesh(mesh_shape)
-    weights = sharding.shard_weights(lm.weights, mesh)
+    weights = sharding.shard_weights(lm.weights, mesh, lm.config)
     lm = models.LlamaModel(lm.config, weights, lm.tokenizer)
     batch = sharding.shard_batch(batch, mesh)
     prompt = sharding.shard_prompt(prompt, mesh)

@@ -164,8 +164,9 @@ def train(
     bool,
     typer.Option(
       help=(
-        "Call jax.distributed.initialize() first (multi-host: run the same "
-        "command on every host; see the README)."
+        "Call jax.distributed.initialize() before the model and mesh "
+        "(multi-host: run the same command on every host; without --mesh, "
+        "all devices of all hosts on 'data'; see the README)."
       )
     ),
   ] = False,
@@ -193,10 +194,10 @@ def train(
 
       jax.distributed.initialize()
     device_mesh = None
-    if mesh:
+    if mesh or distributed:  # several processes: always one global mesh
       from j6jax.sharding import make_mesh
 
-      device_mesh = make_mesh(mesh)
+      device_mesh = make_mesh(mesh or None)
     split = _splits(_load_items(data), split_seed)
     lm = _load_model(model)
     summary = tr.train(

@@ -105,9 +105,15 @@ TINY_CHAT = (
 def tiny_lm():
   """A tiny random-weight Llama with a byte-level tokenizer (no merges): the
   training job's code path at a size that compiles in seconds."""
-  import jax
+  pytest.importorskip("tokenizers")
+  return make_tiny_lm()
 
-  tokenizers = pytest.importorskip("tokenizers")
+
+def make_tiny_lm():
+  """The model of the ``tiny_lm`` fixture (also for subprocess scripts)."""
+  import jax
+  import tokenizers
+
   from j6jax import models
   from j6jax._src.models.tokenizer import byte_alphabet
 

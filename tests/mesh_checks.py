@@ -46,6 +46,13 @@ CFG = dict(
 )
 
 
+def multiprocess_config() -> tr.TrainConfig:
+  """The run of ``tests/multiprocess_check.py`` (and its one-device twin)."""
+  return tr.TrainConfig(
+    steps=3, eval_every=2, checkpoint_every=2, **{**CFG, "batch_questions": 4}
+  )
+
+
 def _close(a, b, what):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(
@@ -100,15 +107,12 @@ def test_gramians_of_sharded_leaves_are_summed(shape):
   mesh = sharding.make_mesh(shape)
   key = jax.random.PRNGKey(0)
   jac = {
-    "h": jax.random.normal(key, (3, 2, 32)),
-    "w": jax.random.normal(jax.random.fold_in(key, 1), (3, 4, 32)),
+    "h": jax.random.normal(key, (3, 8, 32)),
+    "w": jax.random.normal(jax.random.fold_in(key, 1), (3, 16, 32)),
   }
-  placed = sharding.put(
-    jac,
-    jax.tree.map(
-      lambda _: jax.sharding.NamedSharding(mesh, P(None, None, "model")), jac
-    ),
-  )
+  spec = jax.sharding.NamedSharding(mesh, P(None, "data", "model"))
+  placed = sharding.put(jac, jax.tree.map(lambda _: spec, jac))
+  assert placed["w"].addressable_shards[0].data.size == jac["w"].size // 8
   f = jax.jit(lambda j: j6jax.decompose(j6jax.group_gramians(j)).values)
   flat = {k: np.asarray(v).reshape(3, -1) for k, v in jac.items()}
   want = np.concatenate([(flat[k] @ flat[k].T).ravel() for k in ("h", "w")])
@@ -123,6 +127,7 @@ def test_weights_are_split_megatron_style(tiny_lm):
   s = sharding.weights_shardings(tiny_lm.weights, mesh)
   layers = s["layers"]
   assert layers["wq"].spec == P(None, None, "model")
+  assert layers["wk"].spec == P(None, None, "model")
   assert layers["w_up"].spec == P(None, None, "model")
   assert layers["wo"].spec == P(None, "model", None)
   assert layers["w_down"].spec == P(None, "model", None)
@@ -130,6 +135,25 @@ def test_weights_are_split_megatron_style(tiny_lm):
   # The vocabulary does not divide by 4: the embedding stays whole.
   assert tiny_lm.config.vocab_size % 4 != 0
   assert s["embed"].spec == P()
+  # With the config, 2 key/value heads are not cut over 4 devices.
+  c = sharding.weights_shardings(tiny_lm.weights, mesh, tiny_lm.config)
+  assert c["layers"]["wk"].spec == P() and c["layers"]["wv"].spec == P()
+  assert c["layers"]["wq"].spec == P(None, None, "model")
+  # The placed arrays really are split: each device holds a quarter.
+  placed = sharding.shard_weights(tiny_lm.weights, mesh, tiny_lm.config)
+  wq = placed["layers"]["w_gate"]
+  assert wq.addressable_shards[0].data.shape[-1] == wq.shape[-1] // 4
+  np.testing.assert_array_equal(
+    np.asarray(wq), np.asarray(tiny_lm.weights["layers"]["w_gate"])
+  )
+
+
+def test_vocabulary_split_when_it_divides():
+  mesh = sharding.make_mesh("data=2,model=4")
+  w = {"embed": np.zeros((8, 4)), "lm_head": np.zeros((8, 4))}
+  s = sharding.weights_shardings(w, mesh)
+  assert s["embed"].spec == P("model", None)
+  assert s["lm_head"].spec == P("model", None)
 
 
 def test_train_on_mesh_equals_one_device(tiny_lm, tmp_path):
@@ -154,10 +178,27 @@ def test_train_on_mesh_equals_one_device(tiny_lm, tmp_path):
     assert many["validation"][k] == pytest.approx(
       one["validation"][k], rel=1e-4, abs=1e-6
     )
-  # The run resumes on the mesh from its checkpoint.
+  # The run resumes on the mesh from its checkpoint: 3 + 1 steps there
+  # equal 4 steps on one device.
   more = tr.TrainConfig(**{**cfg.to_dict(), "steps": 4})
   tr.train(tiny_lm, ITEMS, [], more, tmp_path / "mesh", mesh=mesh)
-  assert len((tmp_path / "mesh" / "steps.jsonl").read_text().splitlines()) == 4
+  tr.train(tiny_lm, ITEMS, [], more, tmp_path / "one4")
+  rows = [
+    [
+      json.loads(x)
+      for x in (tmp_path / n / "steps.jsonl").read_text().split("\n")
+      if x
+    ]
+    for n in ("one4", "mesh")
+  ]
+  assert len(rows[1]) == 4
+  for a, b in zip(*rows, strict=True):
+    np.testing.assert_allclose(
+      b["j6_components"], a["j6_components"], rtol=2e-4, atol=1e-6
+    )
+  p_mesh, _ = tr.load_run_prompt(tiny_lm, tmp_path / "mesh")
+  p_one, _ = tr.load_run_prompt(tiny_lm, tmp_path / "one4")
+  _close(p_mesh, p_one, "prompt after the resumed run")
 
 
 def test_indivisible_batch_is_refused(tiny_lm, tmp_path):

@@ -30,8 +30,9 @@ AXES = ("data", "model")
 
 # Megatron-style rules for the stacked Llama weights ([L, in, out]): the
 # projections into the heads / the MLP are split on their output axis, the
-# projections back into the residual stream on their input axis, so each
-# device keeps whole heads and whole MLP columns.
+# projections back into the residual stream on their input axis. With the
+# model's config, a projection is split only when its head count divides
+# (each device keeps whole heads); without it, when its width divides.
 _COLUMN = ("wq", "wk", "wv", "w_gate", "w_up")
 _ROW = ("wo", "w_down")
 _WHOLE = ("attn_norm", "mlp_norm", "final_norm")
@@ -121,22 +122,35 @@ def prompt_shardings(prompt: Any, mesh: Mesh) -> Any:
   )
 
 
-def weights_shardings(weights: Any, mesh: Mesh) -> Any:
+def weights_shardings(weights: Any, mesh: Mesh, config: Any = None) -> Any:
   """Shardings of Llama weights (the layout of :mod:`j6jax.models`).
 
   Over ``"model"``: ``wq``, ``wk``, ``wv``, ``w_gate``, ``w_up`` on their
   output axis, ``wo`` and ``w_down`` on their input axis, ``embed`` and
-  ``lm_head`` on the vocabulary axis; norms replicated. An axis that does not
-  divide evenly by the ``"model"`` size stays whole (replicated). Any other
-  pytree gets its last axis split where it divides.
+  ``lm_head`` on the vocabulary axis; norms replicated. A weight whose axis
+  does not divide evenly by the ``"model"`` size stays whole (replicated,
+  silently: e.g. SmolLM2's 9 query and 3 key/value heads on ``model=2``);
+  with ``config`` (a :class:`j6jax.models.LlamaConfig`) the attention
+  weights are split only where their head count divides, so no head is cut
+  in two. Any other pytree gets its last axis split where it divides.
   """
   k = _axis(mesh, "model")
+  heads = {}
+  if config is not None:
+    heads = {
+      "wq": config.n_heads,
+      "wo": config.n_heads,
+      "wk": config.n_kv_heads,
+      "wv": config.n_kv_heads,
+    }
 
   def spec(path, x):
     shape = np.shape(x)
     name = getattr(path[-1], "key", None) if path else None
     rule = P()
-    if name in _COLUMN and len(shape) == 3 and shape[2] % k == 0:
+    if heads.get(name, k) % k:
+      rule = P()
+    elif name in _COLUMN and len(shape) == 3 and shape[2] % k == 0:
       rule = P(None, None, "model")
     elif name in _ROW and len(shape) == 3 and shape[1] % k == 0:
       rule = P(None, "model", None)
@@ -176,16 +190,21 @@ def batch_shardings(batch: Any, mesh: Mesh) -> Any:
 def put(tree: Any, shardings: Any) -> Any:
   """``tree``'s leaves as global arrays with ``shardings``.
 
-  Each process supplies the shards of its own devices from its host copy
-  (:func:`jax.make_array_from_callback`), so this works across hosts when
-  every process holds the same values. ``None`` leaves stay ``None``.
+  A host value (NumPy, or a JAX array this process holds whole) is cut into
+  the shards of this process's devices (:func:`jax.make_array_from_callback`):
+  no process sends anything to another, so this works across hosts when
+  every process holds the same values. An array already spread over several
+  processes is moved by a compiled identity instead. ``None`` leaves stay
+  ``None``.
   """
 
   def one(x, s):
     if x is None:
       return None
-    if isinstance(x, jax.Array) and x.is_fully_addressable:
-      return jax.device_put(x, s)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if x.sharding == s:
+        return x
+      return jax.jit(lambda a: a, out_shardings=s)(x)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, s, lambda i: host[i])
 
@@ -202,9 +221,9 @@ def shard_prompt(prompt: Any, mesh: Mesh) -> Any:
   return put(prompt, prompt_shardings(prompt, mesh))
 
 
-def shard_weights(weights: Any, mesh: Mesh) -> Any:
+def shard_weights(weights: Any, mesh: Mesh, config: Any = None) -> Any:
   """:func:`put` with :func:`weights_shardings`."""
-  return put(weights, weights_shardings(weights, mesh))
+  return put(weights, weights_shardings(weights, mesh, config))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -225,3 +244,31 @@ def on_mesh(tree: Any, mesh: Mesh) -> Any:
     return put(x, replicated)
 
   return jax.tree.map(one, tree)
+
+
+def to_host(x: Any) -> np.ndarray:
+  """``x`` as a NumPy array on every process, also when its shards live on
+  several hosts (then gathered with ``process_allgather``)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def agree(flag: bool) -> bool:
+  """Process 0's ``flag`` on every process (``flag`` itself with one), for
+  decisions taken from files that only process 0 writes."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def barrier(name: str) -> None:
+  """Waits for every process (nothing with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

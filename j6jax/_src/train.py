@@ -27,6 +27,7 @@ import optax
 
 from j6jax._src import metrics, prompts
 from j6jax._src import objectives as obj
+from j6jax._src import sharding as shd
 from j6jax._src.data import DataError, MCItem
 from j6jax._src.decomposition import component_names, decompose
 from j6jax._src.gramian import group_gramians
@@ -524,7 +525,8 @@ def evaluate(
     attn[n:, 0] = True  # padding rows: one real token, finite logits
     ans[n:, 0] = False
     lik, e = score(weights, prompt, tokens, attn, ans)
-    lik, e = np.asarray(lik, np.float64), np.asarray(e, np.float64)
+    lik = shd.to_host(lik).astype(np.float64)
+    e = shd.to_host(e).astype(np.float64)
     for r, (q, a, _, cont) in enumerate(part):
       ll[q, a], ent[q, a], ntok[q, a] = lik[r], e[r], len(cont)
   true = np.zeros((len(items), A), bool)
@@ -724,7 +726,7 @@ def _method_record(opt_state) -> dict:
   first = opt_state[0] if isinstance(opt_state, tuple) else opt_state
   if hasattr(first, "_asdict"):
     return {
-      k: np.asarray(v).tolist()
+      k: shd.to_host(v).tolist()
       for k, v in first._asdict().items()
       if k != "count"
     }
@@ -782,17 +784,15 @@ def train(
   weights = lm.weights
   place_batch = lambda b: b
   if mesh is not None:
-    from j6jax._src import sharding
-
-    sharding.batch_shardings(  # fails early on an indivisible batch
+    shd.batch_shardings(  # fails early on an indivisible batch
       np.zeros((cfg.batch_questions,)), mesh
     )
-    weights = sharding.shard_weights(weights, mesh)
-    prompt = sharding.shard_prompt(prompt, mesh)
-    place_batch = lambda b: sharding.shard_batch(b, mesh)
+    weights = shd.shard_weights(weights, mesh, lm.config)
+    prompt = shd.shard_prompt(prompt, mesh)
+    place_batch = lambda b: shd.shard_batch(b, mesh)
   opt_state = tx.init(prompt)
   if mesh is not None:
-    opt_state = sharding.on_mesh(opt_state, mesh)
+    opt_state = shd.on_mesh(opt_state, mesh)
   encoded = encode_items(
     lm.tokenizer,
     train_items,
@@ -801,7 +801,10 @@ def train(
     style=cfg.style,
     max_len=context_limit(lm, cfg),
   )
-  resumed = prepare_run_dir(run_dir, cfg, overwrite)
+  main = jax.process_index() == 0
+  # Process 0 sets the folder up; the others wait, then restore from it.
+  resumed = prepare_run_dir(run_dir, cfg, overwrite) if main else True
+  shd.barrier("j6jax run folder")
   start = 0
   mgr = _checkpointer(run_dir)
   if resumed:
@@ -809,12 +812,11 @@ def train(
     if got is not None:
       start, prompt, opt_state = got
       log.info("resumed %s at step %d", run_dir, start)
-  _truncate_jsonl(run_dir / "steps.jsonl", start)
-  _truncate_jsonl(run_dir / "eval.jsonl", start)
+  if main:
+    _truncate_jsonl(run_dir / "steps.jsonl", start)
+    _truncate_jsonl(run_dir / "eval.jsonl", start)
   step_fn = make_train_step(model_fn, tx, cfg)
   val = list(val_items)[: cfg.eval_questions or None]
-
-  main = jax.process_index() == 0
   write = _append if main else (lambda path, record: None)
 
   def run_eval(step):
@@ -826,7 +828,7 @@ def train(
     (run_dir / "components.json").write_text(
       json.dumps({"names": component_names(("h", "w"), ("F", "C"))})
     )
-  if val and start == 0 and not (run_dir / "eval.jsonl").exists():
+  if val and start == 0 and shd.agree(not (run_dir / "eval.jsonl").exists()):
     run_eval(0)
   end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
   steps = range(start, end)
@@ -842,6 +844,7 @@ def train(
         prompt, opt_state, weights, batch
       )
       done = step + 1
+      values = shd.to_host(values)
       write(
         run_dir / "steps.jsonl",
         {
@@ -849,7 +852,7 @@ def train(
           "factuality": float(values[0]),
           "confidence": float(values[1]),
           "questions": idx.tolist(),
-          "j6_components": np.asarray(comps).tolist(),
+          "j6_components": shd.to_host(comps).tolist(),
           **_method_record(opt_state),
         },
       )
@@ -871,8 +874,8 @@ def train(
     "passes_per_step": {"forward": 1, "backward": 2},
   }
   if val and done == cfg.steps:
-    last = _last_eval(run_dir)
-    if last is None or last.get("step") != done:
+    last = _last_eval(run_dir) if main else None
+    if shd.agree(last is None or last.get("step") != done):
       last = {"step": done, **run_eval(done)}
     summary["validation"] = last
   if mesh is not None:
