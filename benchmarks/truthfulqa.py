@@ -97,11 +97,27 @@ METHODS = (
 SWEEP = ([1.0, 0.25], [1.0, 1.0], [1.0, 4.0])
 """Weights (factuality, confidence) of the ``linear`` sweep."""
 
-REFERENCE = (2.5, 2.0)
-"""Fixed hypervolume reference: (factuality loss, choice entropy) in nats.
-Fixed before the CPU-size run, from the ``smoke`` run: above the untuned
-model's factuality loss (1.45 there) and about the largest mean choice
-entropy of TruthfulQA's ~7 answers (log 7 ~ 1.95)."""
+MARGIN = 0.1
+"""The hypervolume reference point is the nadir of every point the benchmark
+scores (all methods, all seeds, the untuned model and the initial prompt) plus
+this fraction of each coordinate's range: one point for all methods, set by a
+rule that does not know which method gave which point. (A constant chosen
+before the CPU run, (2.5, 2.0) nats, lay below every test factuality loss,
+about 3 nats, and gave every method zero.)"""
+
+
+def point(r: dict) -> tuple[float, float]:
+  """(factuality loss, choice entropy) of one evaluation."""
+  return (r["factuality_mc"], r["choice_entropy"])
+
+
+def reference_point(points, margin: float = MARGIN) -> tuple[float, float]:
+  """The nadir of ``points`` ``[n, 2]`` plus ``margin`` times their range."""
+  pts = np.asarray(points, np.float64).reshape(-1, 2)
+  hi, lo = pts.max(0), pts.min(0)
+  span = np.where(hi > lo, hi - lo, np.maximum(np.abs(hi), 1.0))
+  return tuple(float(x) for x in hi + margin * span)
+
 
 METRICS = (
   "mc1",
@@ -187,9 +203,8 @@ def run_one(lm, sp, size, label, method, kwargs, seed, root: Path) -> dict:
   return res
 
 
-def hv(r: dict) -> float:
-  point = (r["factuality_mc"], r["choice_entropy"])
-  return metrics.hypervolume_2d([point], REFERENCE)
+def hv(r: dict, ref) -> float:
+  return metrics.hypervolume_2d([point(r)], ref)
 
 
 def untuned_rows(lm, sp, size) -> dict:
@@ -204,15 +219,15 @@ def untuned_rows(lm, sp, size) -> dict:
   rows["initial prompt"] = tr.evaluate_prompt(
     lm, tr.initial_prompt(lm, cfg), cfg, sp.test
   )
-  for r in rows.values():
-    r["hypervolume"] = hv(r)
   return rows
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], ref) -> dict:
   out = {"seeds": [r["seed"] for r in runs]}
   for m in METRICS:
-    vals = [hv(r["test"]) if m == "hypervolume" else r["test"][m] for r in runs]
+    vals = [
+      hv(r["test"], ref) if m == "hypervolume" else r["test"][m] for r in runs
+    ]
     out[m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
   out["passes_per_step"] = runs[0]["passes_per_step"]
   out["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
@@ -220,17 +235,26 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def table(untuned: dict, rows: dict) -> str:
-  head = "| method | " + " | ".join(METRICS) + " | fwd+bwd/step |"
-  lines = [head, "|---|" + "---|" * (len(METRICS) + 1)]
+  """Mean ± spread (std over seeds) per method; the last column is the mean
+  hypervolume relative to ``linear 1:1``'s."""
+  base = rows.get("linear 1:1", {}).get("hypervolume", {}).get("mean", 0.0)
+  head = "| method | " + " | ".join(METRICS) + " | HV vs linear 1:1 |"
+  head += " fwd+bwd/step |"
+  lines = [head, "|---|" + "---|" * (len(METRICS) + 2)]
   for name, r in untuned.items():
     cells = " | ".join(f"{r[m]:.3f}" for m in METRICS)
-    lines.append(f"| {name} | {cells} | 0 |")
+    rel = f"{r['hypervolume'] / base - 1:+.1%}" if base > 0 else "n/a"
+    lines.append(f"| {name} | {cells} | {rel} | 0 |")
   for name, r in rows.items():
     cells = " | ".join(
       f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" for m in METRICS
     )
+    hv_mean = r["hypervolume"]["mean"]
+    rel = f"{hv_mean / base - 1:+.1%}" if base > 0 else "n/a"
     p = r["passes_per_step"]
-    lines.append(f"| {name} | {cells} | {p['forward']}+{p['backward']} |")
+    lines.append(
+      f"| {name} | {cells} | {rel} | {p['forward']}+{p['backward']} |"
+    )
   return "\n".join(lines)
 
 
@@ -283,7 +307,12 @@ def run(
   for w in SWEEP:
     label = f"linear {w[0]:g}:{w[1]:g}"
     r = run_one(lm, sp, size, label, "linear", {"weights": w}, 0, root)
-    sweep[label] = {"weights": w, "validation_hypervolume": hv(r["validation"])}
+    sweep[label] = {"weights": w, "validation": point(r["validation"])}
+  val_ref = reference_point([v["validation"] for v in sweep.values()])
+  for v in sweep.values():
+    v["validation_hypervolume"] = metrics.hypervolume_2d(
+      [v["validation"]], val_ref
+    )
   best = max(sweep, key=lambda k: sweep[k]["validation_hypervolume"])
   methods = list(methods)
   if best != "linear 1:1":
@@ -293,12 +322,18 @@ def run(
       run_one(lm, sp, size, label, method, kwargs, s, root)
       for s in size["seeds"]
     ]
-  rows = {k: summarise(v) for k, v in runs.items()}
+  ref = reference_point(
+    [point(r) for r in untuned.values()]
+    + [point(r["test"]) for rs in runs.values() for r in rs]
+  )
+  for r in untuned.values():
+    r["hypervolume"] = hv(r, ref)
+  rows = {k: summarise(v, ref) for k, v in runs.items()}
   for k in rows:
     if k == best:
       rows[k]["best_of_sweep"] = True
   md = table(untuned, rows)
-  ref = rows.get("linear 1:1", {}).get("hypervolume", {}).get("mean", 0.0)
+  base = rows.get("linear 1:1", {}).get("hypervolume", {}).get("mean", 0.0)
   meta = {
     "date": date.today().isoformat(),
     "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}",
@@ -311,7 +346,9 @@ def run(
       "validation": len(sp.validation),
       "test": len(sp.test),
     },
-    "reference_point": REFERENCE,
+    "reference_point": ref,
+    "reference_rule": f"nadir of all scored points + {MARGIN} x range",
+    "validation_reference_point": val_ref,
     "linear_sweep": sweep,
     "linear_best": best,
     "seconds": time.perf_counter() - t0,
@@ -321,7 +358,7 @@ def run(
     "untuned": untuned,
     "methods": rows,
     "hypervolume_vs_linear_1_1": {
-      k: (r["hypervolume"]["mean"] / ref - 1.0) if ref > 0 else None
+      k: (r["hypervolume"]["mean"] / base - 1.0) if base > 0 else None
       for k, r in rows.items()
     },
     "table": md,
@@ -330,7 +367,8 @@ def run(
   (root / "results.json").write_text(json.dumps(result, indent=2))
   (root / "results.md").write_text(
     f"TruthfulQA, size {name}, {meta['date']}, {meta['machine']}; "
-    f"{meta['questions']}; reference point {REFERENCE}; linear sweep "
+    f"{meta['questions']}; hypervolume reference point "
+    f"({ref[0]:.3f}, {ref[1]:.3f}) (nadir + {MARGIN:g} x range); linear sweep "
     f"best on validation: {best}.\n\n{md}\n"
   )
   pareto_plot(untuned, runs, root / "pareto.png")

@@ -58,13 +58,19 @@ def test_quality_benchmark_end_to_end(tiny_lm, truthfulqa_csv, tmp_path):
     hvs = [
       metrics.hypervolume_2d(
         [[r["test"]["factuality_mc"], r["test"]["choice_entropy"]]],
-        bench.REFERENCE,
+        res["meta"]["reference_point"],
       )
       for r in runs
     ]
     got = res["methods"][label]["hypervolume"]
     assert got["mean"] == pytest.approx(sum(hvs) / 2)
     assert got["std"] == pytest.approx(abs(hvs[0] - hvs[1]) / 2)
+  # The reference point is dominated by nothing that was scored.
+  ref = res["meta"]["reference_point"]
+  pts = [bench.point(r) for r in res["untuned"].values()] + [
+    bench.point(r["test"]) for rs in res["runs"].values() for r in rs
+  ]
+  assert all(p[0] < ref[0] and p[1] < ref[1] for p in pts)
   # J6 runs record which component each step chose (2 steps).
   assert sum(res["runs"]["j6 hard"][0]["j6_chosen_counts"]) == 2
   lines = (root / "results.md").read_text().splitlines()
@@ -83,3 +89,13 @@ def test_quality_benchmark_end_to_end(tiny_lm, truthfulqa_csv, tmp_path):
   a, b = res["runs"]["j6 hard"][0]["test"], again["runs"]["j6 hard"][0]["test"]
   for k in ("mc1", "mc2", "factuality_mc", "choice_entropy"):
     assert b[k] == pytest.approx(a[k], rel=1e-5)
+
+
+def test_reference_point_closed_form():
+  bench = _module()
+  got = bench.reference_point([[1.0, 2.0], [3.0, 1.0]], margin=0.1)
+  assert got == pytest.approx((3.2, 2.1))
+  # One point: a margin of its magnitude (at least 1), not zero.
+  assert bench.reference_point([[2.0, 0.5]], margin=0.1) == pytest.approx(
+    (2.2, 0.6)
+  )
