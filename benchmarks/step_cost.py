@@ -23,7 +23,7 @@ UPGrad and MGDA steps (``torchjd.autojac.backward`` of both objectives, then
 plain step; the absolute times stand side by side in the table.
 
 Usage: ``python benchmarks/step_cost.py [--csv ../shared/data/TruthfulQA.csv]
-[--repeats 3] [--no-torch] [--mesh data=2,model=4]
+[--repeats 5] [--no-torch] [--mesh data=2,model=4]
 [--out benchmarks/results/step_cost.json]``
 """
 
@@ -262,7 +262,7 @@ def table(rows: dict) -> str:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--csv", default="../shared/data/TruthfulQA.csv")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", default="benchmarks/results/step_cost.json")
   p.add_argument("--no-torch", action="store_true", help="JAX steps only")
   p.add_argument(
